@@ -1,0 +1,1 @@
+"""The loom bridge: routes events, requests and tool calls between agents."""

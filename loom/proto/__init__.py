@@ -1,0 +1,1 @@
+"""Protobuf contract of the bridge. Generated code lives in ``loom.proto.generated``."""
