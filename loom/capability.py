@@ -200,9 +200,7 @@ class Capability:
                     f"{label}: **{param.name} is not supported; "
                     "declare every argument as a named parameter"
                 )
-            hint = hints.get(param.name, Any)
-            if hint is object:
-                hint = Any
+            hint = _object_as_any(hints.get(param.name, Any))
             has_default = param.default is not inspect.Parameter.empty
             if param.kind is inspect.Parameter.POSITIONAL_ONLY:
                 posonly.append((param.name, param.default))
@@ -757,8 +755,28 @@ def _rename_refs(schema: Any, renames: dict[str, str]) -> Any:
     return schema
 
 
+def _object_as_any(hint: Any) -> Any:
+    """``object`` anywhere in a hint (``dict[str, object]``) means any JSON value."""
+    if hint is object:
+        return Any
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is None or not args or origin is typing.Literal or origin is typing.Annotated:
+        return hint
+    new_args = tuple(_object_as_any(a) for a in args)
+    if new_args == args:
+        return hint
+    if origin is typing.Union or origin is types.UnionType:
+        return typing.Union[new_args]  # noqa: UP007
+    try:
+        return origin[new_args]
+    except TypeError:
+        return hint
+
+
 def _output_schema(hint: object, label: str) -> dict[str, Any]:
-    if hint is inspect.Parameter.empty or hint is object or hint is Any:
+    hint = _object_as_any(hint)
+    if hint is inspect.Parameter.empty or hint is Any:
         return {}
     if _uses_pydantic(hint):
         adapter = _type_adapter(hint, f"{label}: return annotation")

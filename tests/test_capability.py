@@ -818,3 +818,15 @@ def test_property_wrong_json_type_rejected(data: st.DataObject, func: Any) -> No
     with pytest.raises(InvalidArguments) as info:
         cap.decode_arguments(json.dumps(args).encode())
     assert f"`$.{field}`" in info.value.message
+
+
+def test_object_inside_hints_means_any_json_value() -> None:
+    @capability("obj.echo")
+    def echo(data: dict[str, object], items: list[object] | None = None) -> dict[str, object]:
+        return {"data": data, "items": items}
+
+    cap = echo.capability
+    assert cap.input_schema["properties"]["data"] == {"type": "object"}
+    assert cap.output_schema == {"type": "object"}
+    args = cap.decode_arguments(b'{"data": {"a": [1, "x", null]}, "items": [1, {"b": 2}]}')
+    assert args == {"data": {"a": [1, "x", None]}, "items": [1, {"b": 2}]}
