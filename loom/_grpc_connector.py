@@ -161,6 +161,19 @@ async def _register(
     return list(response.features)
 
 
+async def _finish(call: GrpcStream) -> None:
+    """Half-close our side, then wait for the bridge to finish its side: it does once
+    it has read everything we sent."""
+    try:
+        await call.end()
+        while True:
+            await call.receive()
+    except anyio.EndOfStream:
+        return
+    except (RpcError, anyio.ClosedResourceError) as exc:
+        raise _lost(exc) from None
+
+
 def _lost(exc: BaseException) -> ConnectionLost:
     if isinstance(exc, ConnectionLost):
         return exc
@@ -191,6 +204,9 @@ class _BatchSession:
         except (RpcError, anyio.EndOfStream) as exc:
             raise _lost(exc) from None
         return fr.decode_batch(fr.unwrap_frame_batch(message))
+
+    async def close(self) -> None:
+        await _finish(self._call)
 
 
 class _V1Session:
@@ -230,6 +246,18 @@ class _V1Session:
         if isinstance(item, BaseException):
             raise _lost(item) from None
         return item
+
+    async def close(self) -> None:
+        try:
+            await self._call.end()
+        except (RpcError, anyio.EndOfStream, anyio.ClosedResourceError) as exc:
+            raise _lost(exc) from None
+        while True:  # the pump ends (EndOfStream) once the bridge finished the stream
+            item = await self._inbox.receive()
+            if isinstance(item, anyio.EndOfStream):
+                return
+            if isinstance(item, BaseException):
+                raise _lost(item) from None
 
     async def send(self, frames: Sequence[fr.Frame]) -> None:
         try:

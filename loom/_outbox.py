@@ -39,9 +39,15 @@ class Outbox:
     async def put(self, frame: Frame, waiter: Waiter[Any] | None = None) -> None:
         """Queue ``frame``, waiting while the outbox is full.
 
-        Raises ``anyio.ClosedResourceError`` once the outbox is closed.
+        When there is room this returns without yielding to the event loop: a burst of
+        sends then queues up and the writer takes it as one batch, instead of waking
+        for every frame. Raises ``anyio.ClosedResourceError`` once the outbox is closed.
         """
-        await self._send.send((frame, waiter))
+        item = (frame, waiter)
+        try:
+            self._send.send_nowait(item)
+        except anyio.WouldBlock:
+            await self._send.send(item)
 
     def offer(self, frame: Frame) -> bool:
         """Queue ``frame`` if there is room right now (for frames worth dropping)."""

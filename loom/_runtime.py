@@ -339,7 +339,16 @@ class Runtime:
                 )
                 if task_status is not None:
                     task_status.started(None)
-                return await self._serve(session)
+                reason = await self._serve(session)
+                if self._closing and reason is None:
+                    # Graceful stop: let the bridge take in all we sent before the
+                    # stream goes away (a reset stream loses what it had buffered).
+                    with anyio.move_on_after(CLOSE_TIMEOUT):
+                        try:
+                            await session.close()
+                        except LoomError as exc:
+                            log.debug("agent %s: closing the stream: %s", self.agent_id, exc)
+                return reason
         raise ConnectionLost(
             f"could not connect to the bridge at {self.connector.address} "
             f"within {settings.heartbeat_timeout:g} s"

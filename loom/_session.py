@@ -51,6 +51,12 @@ class Session(Protocol):
 
     async def receive(self) -> list[Frame]: ...
 
+    async def close(self) -> None:
+        """End the stream gracefully: returns once the bridge has taken in everything
+        sent on it (or raises when the connection dies first). Frames that arrive
+        meanwhile are discarded."""
+        ...
+
 
 class Connector(Protocol):
     """Opens sessions to one bridge."""

@@ -121,6 +121,9 @@ class _EmbeddedSession:
             raise ConnectionLost(link.close_reason or "the embedded bridge closed the stream")
         await link.handle(frames)
 
+    async def close(self) -> None:
+        """Nothing to wait for: ``send`` hands frames to the bridge directly."""
+
     async def receive(self) -> list[fr.Frame]:
         link = self._link
         while True:

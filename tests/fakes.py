@@ -57,6 +57,9 @@ class FakeSession:
             raise item
         return item
 
+    async def close(self) -> None:
+        self._link.closed_gracefully = True
+
 
 def _size(frame: Frame) -> int:
     if isinstance(frame, Publish):
@@ -87,6 +90,7 @@ class FakeLink:
         self.send_blocked = anyio.Event()
         self.closed = anyio.Event()
         self.broken = False
+        self.closed_gracefully = False
         self.send_calls = 0
         self.pings = 0
         self._ping_event = anyio.Event()
