@@ -57,8 +57,12 @@ class EventLanes:
     async def dispatch(self, topic: str, event: Envelope) -> bool:
         """Queue ``event`` on its topic's lane (waiting for room); False once closed."""
         senders = self._senders
+        send = senders[hash(topic) % len(senders)]
         try:
-            await senders[hash(topic) % len(senders)].send((topic, event))
+            try:
+                send.send_nowait((topic, event))
+            except anyio.WouldBlock:
+                await send.send((topic, event))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             return False
         return True
@@ -78,7 +82,17 @@ class EventLanes:
         INSIDE_AGENT.set(self._owner)
         handler, ctx = self._handler, self._ctx
         with receive:
-            async for topic, event in receive:
+            while True:
+                # Take what is queued without a scheduler round trip per event.
+                try:
+                    topic, event = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        topic, event = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 try:
                     await handler(ctx, topic, event)
                 except Exception:
