@@ -116,16 +116,23 @@ class GrpcConnector:
                     ) as call:
                         yield _BatchSession(call)
                 else:
-                    async with (
-                        channel.stream(_PREFIX + "EventStream") as call,
-                        anyio.create_task_group() as tg,
-                    ):
-                        ack = pb.ClientEvent(ack=pb.Ack(message_id=registration.agent_id))
-                        await call.send(bytes(ack))
-                        session = _V1Session(call, channel, tg, fr.FEATURE_SUBSCRIBE in features)
-                        tg.start_soon(session.pump)
-                        yield session
-                        tg.cancel_scope.cancel()
+                    session: _V1Session | None = None
+                    try:
+                        async with (
+                            channel.stream(_PREFIX + "EventStream") as call,
+                            anyio.create_task_group() as tg,
+                        ):
+                            ack = pb.ClientEvent(ack=pb.Ack(message_id=registration.agent_id))
+                            await call.send(bytes(ack))
+                            session = _V1Session(
+                                call, channel, tg, fr.FEATURE_SUBSCRIBE in features
+                            )
+                            tg.start_soon(session.pump)
+                            yield session
+                            tg.cancel_scope.cancel()
+                    finally:
+                        if session is not None:
+                            session.discard()
         except OSError as exc:
             raise ConnectionLost(f"cannot reach the bridge at {self._address}: {exc}") from None
 
@@ -230,6 +237,11 @@ class _V1Session:
     @property
     def batched(self) -> bool:
         return False
+
+    def discard(self) -> None:
+        """Close the inbox (its tasks have ended with the session's task group)."""
+        self._send_inbox.close()
+        self._inbox.close()
 
     async def pump(self) -> None:
         try:

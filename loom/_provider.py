@@ -1,9 +1,9 @@
 """Serving capability calls that the bridge routes to this agent.
 
-A ``Call`` frame names a capability and a version (empty: any version). The call runs
-as its own task, at most ``max_concurrent`` at once (an ``anyio.CapacityLimiter``);
-calls beyond that wait for a slot, and beyond ``max_queued`` waiting calls the agent
-answers ``RETRYABLE``/``BUSY`` at once rather than let work pile up without bound.
+A ``Call`` frame names a capability and a version (empty: any version). Calls run on
+a pool of at most ``max_concurrent`` worker tasks; calls beyond that wait for a worker,
+and beyond ``max_queued`` waiting calls the agent answers ``RETRYABLE``/``BUSY`` at
+once rather than let work pile up without bound.
 Every call is answered with one ``Result``:
 
 * ``OK`` with the JSON output;
@@ -77,9 +77,26 @@ def error_result(call_id: str, status: int, code: str, message: str) -> Result:
 
 
 class ToolServer:
-    """Runs incoming calls in a task group, bounded, and hands back their results."""
+    """Runs incoming calls on a pool of worker tasks, bounded, and hands back results.
 
-    __slots__ = ("_admitted", "_limiter", "_max_admitted", "_owner", "_reply", "_table")
+    Workers are started on demand, up to ``max_concurrent``, in the task group given to
+    :meth:`admit`, and live until :meth:`close`: a call costs a queue hand-off, not a
+    new task.
+    """
+
+    __slots__ = (
+        "_admitted",
+        "_idle",
+        "_max_admitted",
+        "_max_workers",
+        "_owner",
+        "_queue_receive",
+        "_queue_send",
+        "_reply",
+        "_running",
+        "_table",
+        "_workers",
+    )
 
     def __init__(
         self,
@@ -92,15 +109,21 @@ class ToolServer:
     ) -> None:
         self._table = table
         self._reply = reply
-        self._limiter = anyio.CapacityLimiter(max_concurrent)
+        self._max_workers = max_concurrent
         self._max_admitted = max_concurrent + max_queued
         self._admitted = 0
+        self._running = 0
+        self._workers = 0
+        self._idle = 0
         self._owner = owner
+        self._queue_send, self._queue_receive = anyio.create_memory_object_stream[
+            tuple[Capability, Call]
+        ](self._max_admitted)
 
     @property
     def running(self) -> int:
         """Calls running right now."""
-        return int(self._limiter.borrowed_tokens)
+        return self._running
 
     @property
     def admitted(self) -> int:
@@ -125,18 +148,51 @@ class ToolServer:
                 BUSY,
                 f"{self._admitted} calls are already running or waiting; try again later",
             )
+        try:
+            self._queue_send.send_nowait((cap, call))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return error_result(call.id, STATUS_RETRYABLE, UNAVAILABLE, "the agent is stopping")
         self._admitted += 1
-        task_group.start_soon(self._serve, cap, call, name=f"loom call {call.capability}")
+        if self._idle == 0 and self._workers < self._max_workers:
+            self._workers += 1
+            task_group.start_soon(self._worker, name="loom tool worker")
         return None
 
-    async def _serve(self, cap: Capability, call: Call) -> None:
+    def close(self) -> None:
+        """Take no more calls; workers finish what is queued, then end."""
+        self._queue_send.close()
+
+    def close_all(self) -> None:
+        """Release the queue (the workers have ended with their task group)."""
+        self._queue_send.close()
+        self._queue_receive.close()
+
+    async def _worker(self) -> None:
         INSIDE_AGENT.set(self._owner)
+        receive = self._queue_receive
         try:
-            async with self._limiter:
-                result = await self._run(cap, call)
+            while True:
+                try:
+                    cap, call = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    self._idle += 1
+                    try:
+                        cap, call = await receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                    finally:
+                        self._idle -= 1
+                except anyio.EndOfStream:
+                    return
+                self._running += 1
+                try:
+                    result = await self._run(cap, call)
+                finally:
+                    self._running -= 1
+                    self._admitted -= 1
+                await self._reply(result)
         finally:
-            self._admitted -= 1
-        await self._reply(result)
+            self._workers -= 1
 
     async def _run(self, cap: Capability, call: Call) -> Result:
         timeout = call.timeout_ms / 1000 if call.timeout_ms > 0 else None

@@ -206,6 +206,7 @@ class Runtime:
             for table in (self.requests, self.calls, self.changes):
                 table.fail_all(lambda: ConnectionLost(message))
             self.outbox.close_all()
+            self.tools.close_all()
             if lanes is not None:
                 lanes.close_all()
             self.done.set()
@@ -229,6 +230,7 @@ class Runtime:
                 log.debug("agent %s: stopping", self.agent_id)
                 self._accepting = False
                 deadline = anyio.current_time() + settings.stop_grace
+                self.tools.close()
                 if lanes is not None:
                     lanes.close()
                 work.cancel_scope.deadline = deadline
