@@ -34,6 +34,14 @@ async def _serve(host: str, port: int, limits: BridgeLimits) -> None:
                 break
 
 
+def _have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     from loom._logging import configure_from_env
 
@@ -58,13 +66,26 @@ def main(argv: list[str] | None = None) -> int:
         default=BridgeLimits.max_pending_calls,
         help="capability calls in flight before new ones are refused (default: %(default)s)",
     )
+    bridge.add_argument(
+        "--no-uvloop",
+        dest="uvloop",
+        action="store_false",
+        help="use the standard asyncio event loop even when uvloop is installed",
+    )
     args = parser.parse_args(argv)
     host, port = split_address(args.address)
     limits = BridgeLimits(
         max_message_bytes=args.max_message_bytes, max_pending_calls=args.max_pending_calls
     )
     try:
-        anyio.run(_serve, host, port, limits, backend="asyncio")
+        anyio.run(
+            _serve,
+            host,
+            port,
+            limits,
+            backend="asyncio",
+            backend_options={"use_uvloop": args.uvloop and _have_uvloop()},
+        )
     except OSError as exc:
         print(f"loom bridge: cannot listen on {args.address}: {exc}", file=sys.stderr)
         return 1
