@@ -121,7 +121,7 @@ def decode_batch(data: bytes) -> list[Frame]:
     """Decode a ``FrameBatch`` payload; malformed input raises :class:`ProtocolError`."""
     try:
         return _batch_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed frame batch: {exc}") from None
 
 
@@ -133,7 +133,7 @@ def decode_envelope(raw: msgspec.Raw | bytes) -> Envelope:
     """Decode an event carried in a frame; malformed input raises :class:`ProtocolError`."""
     try:
         return _envelope_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed event: {exc}") from None
 
 

@@ -32,7 +32,7 @@ from loom.bridge._queues import (
 )
 from loom.bridge._topics import SubscriptionIndex, validate_pattern, validate_topic
 from loom.envelope import new_id
-from loom.errors import BridgeRejected, ConfigurationError
+from loom.errors import BridgeRejected, ConfigurationError, ProtocolError
 
 __all__ = ["AgentLink", "BridgeCore", "BridgeLimits", "RoutedEvent"]
 
@@ -97,7 +97,11 @@ class RoutedEvent:
             pb = self.pb_event
             if pb is None:
                 assert self.raw is not None
-                pb = self.pb_event = _pbwire.encode_event(fr.decode_envelope(self.raw))
+                try:
+                    envelope = fr.decode_envelope(self.raw)
+                except UnicodeDecodeError as exc:  # msgspec's error for invalid UTF-8
+                    raise ProtocolError(f"malformed event: {exc}") from None
+                pb = self.pb_event = _pbwire.encode_event(envelope)
             msg = self.v1_message = _pbwire.encode_delivery(self.topic, bytes(pb))
         return msg
 

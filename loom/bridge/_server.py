@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import ssl
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
 import anyio
+import betterproto2
 import grpclib.const
 import grpclib.server
 from grpclib.const import Status
@@ -26,7 +28,8 @@ from loom import _frames as fr
 from loom import _pbwire
 from loom._session import CapabilityInfo, Registration
 from loom.bridge._core import AgentLink, BridgeCore, BridgeLimits, RoutedEvent
-from loom.errors import BridgeRejected, ProtocolError
+from loom.bridge._queues import QueuedEvent
+from loom.errors import BridgeRejected, LoomError, ProtocolError
 from loom.proto.generated.loom import v1 as pb
 
 __all__ = ["AGENT_ID_HEADER", "BridgeServer"]
@@ -37,6 +40,8 @@ AGENT_ID_HEADER: Final = "loom-agent-id"
 """Request metadata that names the agent on an ``EventBatchStream``."""
 
 _PREFIX: Final = "/loom.v1.Bridge/"
+_SHUTDOWN_GRACE_S: Final = 5.0
+"""How long shutdown waits for handlers to send their last answer before cancelling them."""
 
 
 class RawMessage:
@@ -60,9 +65,63 @@ class _Codec(CodecBase):
         if message_type is RawMessage:
             return data
         try:
-            return self._proto.decode(data, message_type)
+            message = self._proto.decode(data, message_type)
         except Exception as exc:  # betterproto raises assorted errors on garbage
             raise GRPCError(Status.INVALID_ARGUMENT, f"malformed message: {exc}") from None
+        if not _well_typed(message):
+            raise GRPCError(Status.INVALID_ARGUMENT, _WRONG_WIRE_TYPE)
+        return message
+
+
+_WRONG_WIRE_TYPE: Final = "malformed message: a field has the wrong wire type"
+_INT_TYPES: Final = frozenset(
+    {"int32", "int64", "uint32", "uint64", "sint32", "sint64"}
+    | {"fixed32", "fixed64", "sfixed32", "sfixed64", "enum"}
+)
+
+
+def _well_typed(message: Any) -> bool:
+    """True if every field of a parsed betterproto2 message holds its declared type.
+
+    betterproto2 stores whatever a field's wire type decodes to (an int in a string
+    field, a list in an int64 field, ...), where the official parser would skip the
+    field; such values would break the bridge further on, so they are refused.
+    """
+    for name, meta in message._betterproto.meta_by_field_name.items():
+        value = getattr(message, name)
+        if value is None:
+            if meta.proto_type == "message" or meta.optional:
+                continue  # unset
+            return False
+        if meta.proto_type == "map":
+            key_meta, value_meta = meta.map_meta
+            if not isinstance(value, dict) or not all(
+                _value_ok(key_meta.proto_type, k) and _value_ok(value_meta.proto_type, v)
+                for k, v in value.items()
+            ):
+                return False
+        elif meta.repeated:
+            if not isinstance(value, list) or not all(_value_ok(meta.proto_type, v) for v in value):
+                return False
+        elif not _value_ok(meta.proto_type, value):
+            return False
+    return True
+
+
+def _value_ok(proto_type: str, value: Any) -> bool:
+    if proto_type == "string":
+        return isinstance(value, str)
+    if proto_type == "bytes":
+        return isinstance(value, bytes)
+    if proto_type in _INT_TYPES:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if proto_type == "bool":
+        return isinstance(value, bool)
+    if proto_type in ("float", "double"):
+        return isinstance(value, float)
+    if proto_type == "message":
+        return isinstance(value, betterproto2.Message) and _well_typed(value)
+    return True
 
 
 _Handler = Callable[[grpclib.server.Stream[Any, Any]], Coroutine[Any, Any, None]]
@@ -74,6 +133,9 @@ class BridgeService:
     def __init__(self, core: BridgeCore) -> None:
         self.core = core
         self.limits: BridgeLimits = core.limits
+        self.closing = False
+        self._active = 0
+        self._idle: anyio.Event | None = None
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         unary = grpclib.const.Cardinality.UNARY_UNARY
@@ -82,7 +144,7 @@ class BridgeService:
         def handler(
             fn: _Handler, cardinality: grpclib.const.Cardinality, req: Any, rep: Any
         ) -> grpclib.const.Handler:
-            return grpclib.const.Handler(fn, cardinality, req, rep)
+            return grpclib.const.Handler(self._tracked(fn), cardinality, req, rep)
 
         return {
             _PREFIX + "RegisterAgent": handler(
@@ -100,6 +162,31 @@ class BridgeService:
                 self._get_stats, unary, pb.StatsRequest, pb.StatsResponse
             ),
         }
+
+    def _tracked(self, fn: _Handler) -> _Handler:
+        """Count running handlers, so shutdown can let them answer before cancelling."""
+
+        async def run(stream: grpclib.server.Stream[Any, Any]) -> None:
+            if self.closing:
+                raise GRPCError(Status.UNAVAILABLE, "the bridge is shutting down")
+            self._active += 1
+            try:
+                await fn(stream)
+            finally:
+                self._active -= 1
+                if not self._active and self._idle is not None:
+                    self._idle.set()
+
+        return run
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new calls; wait (up to ``grace_s`` s) for running handlers to return."""
+        self.closing = True
+        with anyio.move_on_after(grace_s):
+            while self._active:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        self._idle = None
 
     # ---- control plane -------------------------------------------------------------
 
@@ -196,7 +283,13 @@ class BridgeService:
                 Status.INVALID_ARGUMENT,
                 "the first message on EventStream must be an Ack whose message_id is the agent_id",
             )
-        agent_id = pb.Ack.parse(bytes(body)).message_id  # type: ignore[arg-type]
+        try:
+            ack = pb.Ack.parse(bytes(body))  # type: ignore[arg-type]
+        except Exception as exc:  # betterproto raises assorted errors on garbage
+            raise GRPCError(Status.INVALID_ARGUMENT, f"malformed Ack: {exc}") from None
+        if not _well_typed(ack):
+            raise GRPCError(Status.INVALID_ARGUMENT, f"malformed Ack: {_WRONG_WIRE_TYPE}")
+        agent_id = ack.message_id
         link = self._attach(agent_id, batched=False)
         await self._run_link(link, stream, self._read_v1, self._write_v1)
 
@@ -230,7 +323,10 @@ class BridgeService:
 
                 async def read_then_stop() -> None:
                     await reader(link, stream)
-                    tg.cancel_scope.cancel()
+                    # The client half-closed: detach now (closing the link with no
+                    # reason, so the stream ends with OK) and let the writer stop at its
+                    # next wait. Cancelling it instead could cut a message in half.
+                    self.core.detach(link, "")
 
                 tg.start_soon(read_then_stop)
                 await writer(link, stream)
@@ -259,7 +355,7 @@ class BridgeService:
             if self._too_large(link, message):
                 continue
             try:
-                frames = fr.decode_batch(fr.unwrap_frame_batch(message))
+                frames = _decode_batch(message)
             except ProtocolError as exc:
                 link.push_control(fr.Error("MALFORMED", f"{exc}; the batch was discarded"))
                 continue
@@ -274,10 +370,14 @@ class BridgeService:
             if link.closed:
                 return
             events, control = link.take(limit)
-            frames: list[fr.Frame] = [
-                fr.Deliver(q.topic, q.item.batched())  # type: ignore[attr-defined]
-                for q in events
-            ]
+            frames: list[fr.Frame] = []
+            for q in events:
+                try:
+                    raw = q.item.batched()  # type: ignore[attr-defined]
+                except LoomError as exc:
+                    _undeliverable(link, q, exc)
+                    continue
+                frames.append(fr.Deliver(q.topic, raw))
             frames.extend(control)
             if frames:
                 await stream.send_message(fr.wrap_frame_batch(fr.encode_batch(frames)))
@@ -292,6 +392,10 @@ class BridgeService:
                 kind, body = _pbwire.parse_client_event(message)
                 if kind is publish:
                     assert isinstance(body, _pbwire.PublishView)
+                    # Forwarded as is, so check it all here: an event the official
+                    # parser rejects (invalid UTF-8, say) would end every v1
+                    # subscriber's stream.
+                    _pbwire.decode_event(body.event)
                     if core.topic_ok(link, body.topic):
                         await core.publish(
                             body.topic,
@@ -315,7 +419,32 @@ class BridgeService:
                 for message in _v1_server_events(frame):
                     await stream.send_message(message)
             for q in events:
-                await stream.send_message(q.item.v1())  # type: ignore[attr-defined]
+                try:
+                    message = q.item.v1()  # type: ignore[attr-defined]
+                except LoomError as exc:
+                    _undeliverable(link, q, exc)
+                    continue
+                await stream.send_message(message)
+
+
+def _decode_batch(message: bytes) -> list[fr.Frame]:
+    """The frames of one FrameBatch message; malformed input raises ProtocolError.
+
+    msgspec reports invalid UTF-8 in a msgpack string as UnicodeDecodeError, which
+    ``decode_batch`` lets through: translated here, so it cannot end the stream.
+    """
+    try:
+        return fr.decode_batch(fr.unwrap_frame_batch(message))
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"malformed frame batch: {exc}") from None
+
+
+def _undeliverable(link: AgentLink, q: QueuedEvent, exc: LoomError) -> None:
+    """An event that cannot be put in this link's encoding (a malformed batched event
+    for a v1 agent, say): skip it, count it as dropped instead of delivered."""
+    q.stats.delivered -= 1
+    q.stats.dropped += 1
+    log.info("dropped an event on %s for %s: %s", q.topic, link.agent_id, exc)
 
 
 def _now_ms() -> int:
@@ -328,9 +457,10 @@ def _v1_control_frame(kind: _pbwire.ClientEventKind, body: bytes) -> Sequence[fr
     """A v1 control message as the frame the core understands."""
     try:
         if kind is _pbwire.ClientEventKind.PING:
-            return [fr.Ping(pb.HeartbeatRequest.parse(body).timestamp_ms)]
+            ping = _parse_control(pb.HeartbeatRequest, body)
+            return [fr.Ping(ping.timestamp_ms)]
         if kind is _pbwire.ClientEventKind.ACTION_RESULT:
-            res = pb.ActionResult.parse(body)
+            res = _parse_control(pb.ActionResult, body)
             err = res.error
             return [
                 fr.Result(
@@ -342,13 +472,13 @@ def _v1_control_frame(kind: _pbwire.ClientEventKind, body: bytes) -> Sequence[fr
                 )
             ]
         if kind is _pbwire.ClientEventKind.SUBSCRIPTION:
-            sub = pb.SubscriptionChange.parse(body)
+            sub = _parse_control(pb.SubscriptionChange, body)
             return [
                 fr.Subscribe(
                     sub.id,
                     list(sub.add),
                     list(sub.remove),
-                    int(sub.qos),
+                    int(sub.qos) if sub.qos is not None else 1,
                     list(sub.join),
                     list(sub.leave),
                 )
@@ -358,6 +488,13 @@ def _v1_control_frame(kind: _pbwire.ClientEventKind, body: bytes) -> Sequence[fr
     except Exception as exc:
         raise ProtocolError(f"malformed {kind.name.lower()} message: {exc}") from None
     return []  # a repeated Ack after the handshake: nothing to do
+
+
+def _parse_control(message_type: Any, body: bytes) -> Any:
+    message = message_type.parse(body)
+    if not _well_typed(message):
+        raise ProtocolError(_WRONG_WIRE_TYPE)
+    return message
 
 
 def _v1_server_events(frame: fr.Frame) -> list[bytes]:
@@ -410,6 +547,26 @@ def _action_result(call_id: str, result: fr.Result) -> pb.ActionResult:
     )
 
 
+class _Server(grpclib.server.Server):
+    """grpclib's server, remembering its connections so that closing can end them:
+    grpclib's close() stops listening and cancels handlers but leaves connections open."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
+        return protocol
+
+    def close_connections(self) -> None:
+        for protocol in list(self._protocols):
+            connection = getattr(protocol, "connection", None)
+            if connection is not None:
+                connection.close()  # the transport sends what it holds, then closes
+
+
 class BridgeServer:
     """A running bridge: ``async with BridgeServer(port=0) as server: server.port``.
 
@@ -429,7 +586,8 @@ class BridgeServer:
         self.requested_port = port
         self.core = BridgeCore(limits)
         self._ssl = ssl_context
-        self._server: grpclib.server.Server | None = None
+        self._server: _Server | None = None
+        self._service = BridgeService(self.core)
         self.port = port
 
     @property
@@ -438,7 +596,7 @@ class BridgeServer:
         return f"{host}:{self.port}"
 
     async def __aenter__(self) -> BridgeServer:
-        server = grpclib.server.Server([BridgeService(self.core)], codec=_Codec())
+        server = _Server([self._service], codec=_Codec())
         await server.start(self.host, self.requested_port, ssl=self._ssl)
         sockets = getattr(server._server, "sockets", None) or ()
         if sockets:
@@ -454,7 +612,14 @@ class BridgeServer:
         server, self._server = self._server, None
         if server is None:
             return
+        # Answer first, cancel after: closing the core fails calls in flight and ends
+        # every link, which lets their handlers send a result or an UNAVAILABLE status;
+        # server.close() cancels handlers still running, and a cancelled handler
+        # leaves its client waiting with no answer at all.
+        self._service.closing = True
         self.core.close_all("the bridge is shutting down")
+        await self._service.drain(_SHUTDOWN_GRACE_S)
         server.close()
+        server.close_connections()
         with anyio.move_on_after(5):
             await server.wait_closed()

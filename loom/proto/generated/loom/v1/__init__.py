@@ -408,9 +408,10 @@ class SubscriptionChange(betterproto2.Message):
 
     remove: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
 
-    qos: "QoSLevel" = betterproto2.field(
-        4, betterproto2.TYPE_ENUM, default_factory=lambda: QoSLevel(0)
-    )
+    qos: "QoSLevel | None" = betterproto2.field(4, betterproto2.TYPE_ENUM, optional=True)
+    """
+    absent: QOS_BATCHED (lossless)
+    """
 
     join: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
 
