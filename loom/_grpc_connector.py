@@ -27,6 +27,7 @@ from loom.errors import (
     ConfigurationError,
     ConnectionLost,
     LoomError,
+    MessageTooLarge,
     ProtocolError,
     RpcError,
 )
@@ -39,6 +40,12 @@ log = logging.getLogger("loom")
 _PREFIX: Final = "/loom.v1.Bridge/"
 AGENT_ID_HEADER: Final = "loom-agent-id"
 _V1_INBOX: Final = 1024
+DEFAULT_MAX_SEND_SIZE: Final = 4 * 1024 * 1024
+"""Largest message sent to the bridge: the bridge's default ``--max-message-bytes``
+(and gRPC's customary receive limit)."""
+_BATCH_OVERHEAD: Final = 16
+"""Bytes a FrameBatch message adds around its frames, at most (array header, tag,
+length)."""
 
 
 def parse_address(address: str) -> tuple[str, int, bool]:
@@ -60,7 +67,14 @@ def parse_address(address: str) -> tuple[str, int, bool]:
 
 
 class GrpcConnector:
-    """Connects agents to a bridge at ``address`` over gRPC (TLS with ``grpcs://``)."""
+    """Connects agents to a bridge at ``address`` over gRPC (TLS with ``grpcs://``).
+
+    ``max_message_size`` bounds the messages received; ``max_send_message_size`` the
+    messages sent (the bridge's ``--max-message-bytes``, 4 MiB by default: it discards
+    a larger message whole). Frames are split across messages to stay within it, and a
+    frame that alone is larger is not sent: its request or tool call fails with
+    :class:`~loom.errors.MessageTooLarge`, a dropped event is logged.
+    """
 
     def __init__(
         self,
@@ -71,9 +85,12 @@ class GrpcConnector:
         keepalive_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         max_message_size: int = 64 * 1024 * 1024,
+        max_send_message_size: int = DEFAULT_MAX_SEND_SIZE,
         prefer_batched: bool = True,
     ) -> None:
         self._host, self._port, tls = parse_address(address)
+        if max_send_message_size <= 0:
+            raise ConfigurationError("max_send_message_size must be positive")
         if tls and ssl_context is None:
             ssl_context = ssl.create_default_context()
         self._address = address
@@ -82,6 +99,7 @@ class GrpcConnector:
         self._keepalive_timeout = keepalive_timeout
         self._connect_timeout = connect_timeout
         self._max_message_size = max_message_size
+        self._max_send_size = max_send_message_size
         self._prefer_batched = prefer_batched
 
     @property
@@ -114,7 +132,7 @@ class GrpcConnector:
                         _PREFIX + "EventBatchStream",
                         metadata={AGENT_ID_HEADER: registration.agent_id},
                     ) as call:
-                        yield _BatchSession(call)
+                        yield _BatchSession(call, self._max_send_size)
                 else:
                     session: _V1Session | None = None
                     try:
@@ -125,7 +143,11 @@ class GrpcConnector:
                             ack = pb.ClientEvent(ack=pb.Ack(message_id=registration.agent_id))
                             await call.send(bytes(ack))
                             session = _V1Session(
-                                call, channel, tg, fr.FEATURE_SUBSCRIBE in features
+                                call,
+                                channel,
+                                tg,
+                                fr.FEATURE_SUBSCRIBE in features,
+                                self._max_send_size,
                             )
                             tg.start_soon(session.pump)
                             yield session
@@ -188,32 +210,65 @@ def _lost(exc: BaseException) -> ConnectionLost:
 
 
 class _BatchSession:
-    """Frames as msgpack batches, one gRPC message per batch."""
+    """Frames as msgpack batches, one gRPC message per batch (or a few, to keep each
+    within ``limit`` bytes: the bridge discards a larger message whole)."""
 
-    __slots__ = ("_call",)
+    __slots__ = ("_call", "_limit")
 
-    def __init__(self, call: GrpcStream) -> None:
+    def __init__(self, call: GrpcStream, limit: int) -> None:
         self._call = call
+        self._limit = limit
 
     @property
     def batched(self) -> bool:
         return True
 
     async def send(self, frames: Sequence[fr.Frame]) -> None:
+        """Send ``frames``; raises MessageTooLarge, before sending any, when one of
+        them alone is larger than the limit."""
+        batch = list(frames)
+        message = fr.wrap_frame_batch(fr.encode_batch(batch))
+        messages = [message] if len(message) <= self._limit else _split(batch, self._limit)
         try:
-            await self._call.send(fr.wrap_frame_batch(fr.encode_batch(list(frames))))
+            for message in messages:
+                await self._call.send(message)
         except (RpcError, anyio.EndOfStream, anyio.ClosedResourceError) as exc:
             raise _lost(exc) from None
 
     async def receive(self) -> list[fr.Frame]:
         try:
             message = await self._call.receive()
-        except (RpcError, anyio.EndOfStream) as exc:
+        except (RpcError, anyio.EndOfStream, MessageTooLarge) as exc:
+            # MessageTooLarge: the stream was aborted, the agent must reconnect
             raise _lost(exc) from None
         return fr.decode_batch(fr.unwrap_frame_batch(message))
 
     async def close(self) -> None:
         await _finish(self._call)
+
+
+def _split(frames: list[fr.Frame], limit: int) -> list[bytes]:
+    """FrameBatch messages of at most ``limit`` bytes that carry ``frames`` in order."""
+    sizes = []
+    for frame in frames:
+        size = len(fr.encode_batch([frame]))
+        if size + _BATCH_OVERHEAD > limit:
+            alone = len(fr.wrap_frame_batch(fr.encode_batch([frame])))
+            if alone > limit:
+                raise MessageTooLarge(alone, limit)
+        sizes.append(size)
+    messages: list[bytes] = []
+    group: list[fr.Frame] = []
+    total = 0
+    for frame, size in zip(frames, sizes, strict=True):
+        if group and total + size + _BATCH_OVERHEAD > limit:
+            messages.append(fr.wrap_frame_batch(fr.encode_batch(group)))
+            group, total = [], 0
+        group.append(frame)
+        total += size
+    if group:
+        messages.append(fr.wrap_frame_batch(fr.encode_batch(group)))
+    return messages
 
 
 class _V1Session:
@@ -224,9 +279,10 @@ class _V1Session:
     """
 
     def __init__(
-        self, call: GrpcStream, channel: GrpcChannel, tg: TaskGroup, subscribe: bool
+        self, call: GrpcStream, channel: GrpcChannel, tg: TaskGroup, subscribe: bool, limit: int
     ) -> None:
         self._call = call
+        self._limit = limit
         self._subscribe = subscribe
         self._channel = channel
         self._tg = tg
@@ -272,8 +328,22 @@ class _V1Session:
                 raise _lost(item) from None
 
     async def send(self, frames: Sequence[fr.Frame]) -> None:
+        """Send ``frames``; raises MessageTooLarge, before sending any, when one of
+        them is larger than the limit."""
+        limit = self._limit
+        items: list[tuple[fr.Frame, bytes | None]] = []
+        for frame in frames:
+            if isinstance(frame, fr.Call):
+                message: bytes | None = None
+                size = len(frame.payload)  # the ActionCall adds a few hundred bytes at most
+            else:
+                message = _client_event(frame)
+                size = len(message) if message is not None else 0
+            if size > limit:
+                raise MessageTooLarge(size, limit)
+            items.append((frame, message))
         try:
-            for frame in frames:
+            for frame, message in items:
                 if isinstance(frame, fr.Call):
                     self._tg.start_soon(self._forward, frame)
                 elif isinstance(frame, fr.Subscribe) and not self._subscribe:
@@ -281,10 +351,8 @@ class _V1Session:
                     await self._send_inbox.send(
                         [fr.Subscribed(frame.id, "the bridge does not support subscribe()")]
                     )
-                else:
-                    message = _client_event(frame)
-                    if message is not None:
-                        await self._call.send(message)
+                elif message is not None:
+                    await self._call.send(message)
         except (RpcError, anyio.EndOfStream, anyio.ClosedResourceError) as exc:
             raise _lost(exc) from None
 
@@ -304,19 +372,38 @@ class _V1Session:
                 bytes(request),
                 timeout=call.timeout_ms / 1000 + 1 if call.timeout_ms > 0 else None,
             )
-            res = pb.ActionResult.parse(raw)
-            result = fr.Result(
-                call.id,
-                int(res.status),
-                bytes(res.output),
-                res.error.code if res.error else "",
-                res.error.message if res.error else "",
-            )
+            result = _action_result(call.id, raw)
         except RpcError as exc:
             result = fr.Result(
                 call.id, fr.STATUS_ERROR, error_code=exc.status_name, error_message=exc.message
             )
+        except ConnectionLost as exc:
+            if self._channel.closed:
+                # The whole connection died: the session ends with it, and the agent
+                # fails the call with ConnectionLost.
+                return
+            # Only this call's stream was reset.
+            result = fr.Result(
+                call.id, fr.STATUS_ERROR, error_code="UNAVAILABLE", error_message=str(exc)
+            )
+        except (ProtocolError, MessageTooLarge) as exc:
+            code = "MESSAGE_TOO_LARGE" if isinstance(exc, MessageTooLarge) else "PROTOCOL_ERROR"
+            result = fr.Result(call.id, fr.STATUS_ERROR, error_code=code, error_message=str(exc))
         await self._send_inbox.send([result])
+
+
+def _action_result(call_id: str, raw: bytes) -> fr.Result:
+    try:
+        res = pb.ActionResult.parse(raw)
+    except Exception as exc:  # betterproto raises assorted errors on garbage
+        raise ProtocolError(f"malformed ActionResult: {exc}") from None
+    return fr.Result(
+        call_id,
+        int(res.status),
+        bytes(res.output),
+        res.error.code if res.error else "",
+        res.error.message if res.error else "",
+    )
 
 
 def _client_event(frame: fr.Frame) -> bytes | None:

@@ -27,6 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from loom._dispatch import EventLanes, Handler
 from loom._frames import (
+    STATUS_ERROR,
     STATUS_RETRYABLE,
     Call,
     Deliver,
@@ -40,7 +41,13 @@ from loom._frames import (
 )
 from loom._outbox import Item, Outbox
 from loom._pending import Outcome, PendingTable, Waiter
-from loom._provider import UNAVAILABLE, CapabilityTable, ToolServer, error_result
+from loom._provider import (
+    CAPABILITY_ERROR,
+    UNAVAILABLE,
+    CapabilityTable,
+    ToolServer,
+    error_result,
+)
 from loom._session import Connector, Session
 from loom._subscriptions import SubscriptionState
 from loom.envelope import Envelope, reply_topic
@@ -280,7 +287,8 @@ class Runtime:
                         failure = _connection_failure(exc)
                         if failure is None:
                             raise
-                        if first:
+                        if first and not self._ever_connected:
+                            # only while start() waits; once connected it has returned
                             task_status.started(failure)
                             return
                         reason = failure
@@ -436,6 +444,16 @@ class Runtime:
                 )
                 if waiter is not None:
                     waiter.fail(exc)
+                if isinstance(frame, Result):
+                    # tell the caller at once rather than let it wait for its timeout
+                    answer = error_result(
+                        frame.id, STATUS_ERROR, CAPABILITY_ERROR, f"the output is too large: {exc}"
+                    )
+                    try:
+                        await session.send([answer])
+                    except (MessageTooLarge, *_IO_ERRORS) as error:
+                        lost(error)
+                        return False
             except _IO_ERRORS as exc:
                 lost(exc)
                 return False
