@@ -21,6 +21,9 @@ FEATURE_BATCH: Final = "loom.batch.v1"
 FEATURE_SUBSCRIBE: Final = "loom.subscribe.v1"
 SUPPORTED_FEATURES: Final = frozenset({FEATURE_BATCH, FEATURE_SUBSCRIBE})
 
+REPLACED: Final = "REPLACED"
+"""Error code of the bridge's farewell on a stream whose agent id a newer stream took."""
+
 # ActionResult status numbers, as in the v1 ``ActionStatus`` enum.
 STATUS_OK: Final = 0
 STATUS_ERROR: Final = 1

@@ -27,6 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from loom._dispatch import EventLanes, Handler
 from loom._frames import (
+    REPLACED,
     STATUS_ERROR,
     STATUS_RETRYABLE,
     Call,
@@ -170,6 +171,7 @@ class Runtime:
         self._scope = anyio.CancelScope()
         self._last_seen = 0.0
         self._healthy = False
+        self._replaced = False
 
     # ---- used by Context ---------------------------------------------------------
 
@@ -248,7 +250,7 @@ class Runtime:
                     settings.stop_grace,
                 )
             self.outbox.close()
-            if not self.outbox.empty():
+            if not self.outbox.empty() and not self._replaced:
                 with anyio.CancelScope(deadline=deadline):
                     await self._flushed.wait()
                 if not self.outbox.empty():
@@ -273,7 +275,7 @@ class Runtime:
         settings = self.settings
         attempt = 0
         try:
-            while not self._closing:
+            while not self._closing and not self._replaced:
                 with anyio.CancelScope() as scope:
                     self._loop_scope = scope
                     first = not self._ever_connected
@@ -292,7 +294,7 @@ class Runtime:
                             task_status.started(failure)
                             return
                         reason = failure
-                    if self._closing:
+                    if self._closing or self._replaced:
                         return
                     if reason is None:
                         reason = ConnectionLost("the session ended")
@@ -556,6 +558,17 @@ class Runtime:
             await self._send_quietly(answer)
 
     def _on_error(self, frame: Error) -> None:
+        if frame.code == REPLACED:
+            # Another connection registered this agent id: stop rather than take it
+            # back, or two agents sharing an id would displace each other forever.
+            log.error(
+                "agent %s: another connection took over this agent id (%s); stopping",
+                self.agent_id,
+                frame.message,
+            )
+            self._replaced = True
+            self.request_stop()
+            return
         ref = f" (about {frame.ref})" if frame.ref else ""
         log.warning(
             "agent %s: the bridge reported %s: %s%s", self.agent_id, frame.code, frame.message, ref

@@ -129,6 +129,9 @@ class _EmbeddedSession:
         while True:
             await link.wait()
             if link.closed:
+                farewell, link.farewell = link.farewell, None
+                if farewell is not None:
+                    return [farewell]
                 raise ConnectionLost(link.close_reason or "the embedded bridge closed the stream")
             events, control = link.take(self._limit)
             frames: list[fr.Frame] = [

@@ -122,6 +122,7 @@ class AgentLink:
         "close_reason",
         "closed",
         "control",
+        "farewell",
         "outbox",
     )
 
@@ -134,6 +135,7 @@ class AgentLink:
         self._event: anyio.Event | None = None
         self.closed = False
         self.close_reason = ""
+        self.farewell: fr.Error | None = None
 
     def __repr__(self) -> str:
         return f"AgentLink({self.agent_id!r}, batched={self.batched}, closed={self.closed})"
@@ -170,10 +172,12 @@ class AgentLink:
         """Act on frames that arrived from the agent (in order)."""
         await self._core.handle_frames(self, frames)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, farewell: fr.Error | None = None) -> None:
+        """End the link; ``farewell`` is the last frame its writer sends, if any."""
         if not self.closed:
             self.closed = True
             self.close_reason = reason
+            self.farewell = farewell
             self.outbox.close()
             self.control.clear()
             self.wake()
@@ -267,7 +271,8 @@ class BridgeCore:
         old = self._links.get(agent_id)
         if old is not None:
             log.info("agent %s reconnected; closing its older stream", agent_id)
-            self.detach(old, f"replaced by a newer stream of agent {agent_id!r}")
+            reason = f"replaced by a newer stream of agent {agent_id!r}"
+            self.detach(old, reason, fr.Error(fr.REPLACED, reason))
         link = AgentLink(self, agent_id, batched=batched)
         self._links[agent_id] = link
         registration = reg.registration
@@ -281,7 +286,9 @@ class BridgeCore:
         log.debug("attached %r", link)
         return link
 
-    def detach(self, link: AgentLink, reason: str = "stream closed") -> None:
+    def detach(
+        self, link: AgentLink, reason: str = "stream closed", farewell: fr.Error | None = None
+    ) -> None:
         """The agent's stream ended: undo what attach did and fail its pending calls."""
         if link.closed and self._links.get(link.agent_id) is not link:
             return
@@ -301,7 +308,7 @@ class BridgeCore:
                 error_message=f"agent {link.agent_id!r} disconnected before answering",
             ),
         )
-        link.close(reason)
+        link.close(reason, farewell)
         log.debug("detached %r: %s", link, reason)
 
     def close_all(self, reason: str) -> None:
@@ -508,6 +515,12 @@ class BridgeCore:
             )
         )
         return bridge_id
+
+    def expire_calls(self) -> int:
+        """Answer every call past its deadline with ACTION_TIMEOUT; returns how many."""
+        if not self._pending:
+            return 0
+        return self._pending.expire(now_ms(), _timeout_result)
 
     def finish_call(self, provider: AgentLink, result: fr.Result) -> None:
         if not self._pending.finish(result.id, provider.agent_id, result):

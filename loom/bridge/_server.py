@@ -19,6 +19,7 @@ import anyio
 import betterproto2
 import grpclib.const
 import grpclib.server
+from anyio.abc import TaskGroup
 from grpclib.const import Status
 from grpclib.encoding.base import CodecBase
 from grpclib.encoding.proto import ProtoCodec
@@ -40,6 +41,10 @@ AGENT_ID_HEADER: Final = "loom-agent-id"
 """Request metadata that names the agent on an ``EventBatchStream``."""
 
 _PREFIX: Final = "/loom.v1.Bridge/"
+_FRAME_OVERHEAD: Final = 16
+"""Upper bound of what a Deliver frame adds to its topic and event, in msgpack bytes."""
+_SWEEP_INTERVAL_S: Final = 0.5
+"""How often the server answers capability calls whose deadline passed."""
 _SHUTDOWN_GRACE_S: Final = 5.0
 """How long shutdown waits for handlers to send their last answer before cancelling them."""
 
@@ -365,19 +370,28 @@ class BridgeService:
         self, link: AgentLink, stream: grpclib.server.Stream[Any, Any]
     ) -> None:
         limit = self.limits.max_batch_events
+        max_bytes = self.limits.max_message_bytes
         while True:
             await link.wait()
             if link.closed:
+                if link.farewell is not None:
+                    await stream.send_message(fr.wrap_frame_batch(fr.encode_batch([link.farewell])))
                 return
             events, control = link.take(limit)
             frames: list[fr.Frame] = []
+            size = 0
             for q in events:
                 try:
                     raw = q.item.batched()  # type: ignore[attr-defined]
                 except LoomError as exc:
                     _undeliverable(link, q, exc)
                     continue
+                grows = len(raw) + len(q.topic) + _FRAME_OVERHEAD
+                if frames and size + grows > max_bytes:
+                    await stream.send_message(fr.wrap_frame_batch(fr.encode_batch(frames)))
+                    frames, size = [], 0
                 frames.append(fr.Deliver(q.topic, raw))
+                size += grows
             frames.extend(control)
             if frames:
                 await stream.send_message(fr.wrap_frame_batch(fr.encode_batch(frames)))
@@ -413,6 +427,9 @@ class BridgeService:
         while True:
             await link.wait()
             if link.closed:
+                if link.farewell is not None:
+                    for message in _v1_server_events(link.farewell):
+                        await stream.send_message(message)
                 return
             events, control = link.take(limit)
             for frame in control:
@@ -588,6 +605,8 @@ class BridgeServer:
         self._ssl = ssl_context
         self._server: _Server | None = None
         self._service = BridgeService(self.core)
+        self._sweeper = anyio.CancelScope()
+        self._tasks: TaskGroup | None = None
         self.port = port
 
     @property
@@ -602,8 +621,18 @@ class BridgeServer:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self._server = server
+        self._sweeper = anyio.CancelScope()
+        tasks = self._tasks = anyio.create_task_group()
+        await tasks.__aenter__()
+        tasks.start_soon(self._sweep_deadlines)
         log.info("bridge listening on %s", self.address)
         return self
+
+    async def _sweep_deadlines(self) -> None:
+        with self._sweeper:
+            while True:
+                await anyio.sleep(_SWEEP_INTERVAL_S)
+                self.core.expire_calls()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -623,3 +652,7 @@ class BridgeServer:
         server.close_connections()
         with anyio.move_on_after(5):
             await server.wait_closed()
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            self._sweeper.cancel()
+            await tasks.__aexit__(None, None, None)

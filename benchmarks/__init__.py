@@ -1,0 +1,1 @@
+"""loom's benchmark suite: run ``pytest benchmarks/`` (see ``benchmarks/README.md``)."""
