@@ -15,16 +15,30 @@ complete is kept and goes out first on the next connection.
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import anyio
 
-from loom._frames import Frame
+from loom._frames import Call, Frame, Publish, Result
 from loom._pending import Waiter
 
 __all__ = ["Item", "Outbox"]
 
 Item: TypeAlias = tuple[Frame, Waiter[Any] | None]
+
+BATCH_BYTES: Final = 256 * 1024
+"""Payload bytes after which a batch is cut. Smaller messages let every hop start on
+one while the next is on the wire, rather than wait for a few large ones whole."""
+
+
+def _payload_size(frame: Frame) -> int:
+    if isinstance(frame, Publish):
+        return len(frame.event) + len(frame.topic)
+    if isinstance(frame, Call):
+        return len(frame.payload)
+    if isinstance(frame, Result):
+        return len(frame.output)
+    return 32
 
 
 class Outbox:
@@ -57,20 +71,25 @@ class Outbox:
             return False
         return True
 
-    async def next_batch(self, limit: int) -> list[Item]:
-        """The batch to send: the unfinished one, else what is queued (at least one).
+    async def next_batch(self, limit: int, max_bytes: int = BATCH_BYTES) -> list[Item]:
+        """The batch to send: the unfinished one, else what is queued (at least one),
+        up to ``limit`` frames and about ``max_bytes`` of payload.
 
         Raises ``anyio.EndOfStream`` once the outbox is closed and empty.
         """
         if self._in_flight:
             return self._in_flight
         receive = self._receive
-        batch = [await receive.receive()]
-        while len(batch) < limit:
+        first = await receive.receive()
+        batch = [first]
+        size = _payload_size(first[0])
+        while len(batch) < limit and size < max_bytes:
             try:
-                batch.append(receive.receive_nowait())
+                item = receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
+            batch.append(item)
+            size += _payload_size(item[0])
         self._in_flight = batch
         return batch
 

@@ -616,3 +616,32 @@ async def test_close_all_answers_calls_and_closes_links() -> None:
     assert provider.closed and caller.closed
     assert provider.close_reason == caller.close_reason == "shutting down"
     assert core.stats()[1:] == (0, 0)
+
+
+async def test_calls_past_their_deadline_are_answered_when_calls_come_and_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import loom.bridge._core as core_module
+
+    clock = [1_000_000]
+    monkeypatch.setattr(core_module, "now_ms", lambda: clock[0])
+    core = BridgeCore()
+    provider = connect(core, "prov", caps=[("echo", "1")])
+    caller = connect(core, "caller")
+    await caller.handle([call("slow", timeout_ms=100)])
+    [first] = take_control(provider)
+    clock[0] += 50
+    assert core.expire_calls() == 0
+    clock[0] += 100
+    await caller.handle([call("next", timeout_ms=100)])  # the sweep runs here
+    [answer] = take_control(caller)
+    assert answer.id == "slow" and answer.status == fr.STATUS_TIMEOUT  # type: ignore[union-attr]
+    [second] = take_control(provider)
+    await provider.handle([fr.Result(first.id, fr.STATUS_OK, b"late")])  # type: ignore[union-attr]
+    assert caller.take(10) == ([], [])  # too late: ignored
+    clock[0] += 1_000
+    await provider.handle([fr.Result("unknown", fr.STATUS_OK, b"")])  # sweeps too
+    [expired] = take_control(caller)
+    assert expired.id == "next" and expired.status == fr.STATUS_TIMEOUT  # type: ignore[union-attr]
+    assert core.stats()[2] == 0
+    del second

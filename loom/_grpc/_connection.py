@@ -40,6 +40,7 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from loom import _h2patch
 from loom._grpc._status import (
     Headers,
     check_response_headers,
@@ -55,6 +56,8 @@ __all__ = [
     "StreamState",
     "clone_error",
 ]
+
+_h2patch.install()
 
 #: Receive window of each stream; bounds the data buffered for a stream.
 STREAM_WINDOW = 1024 * 1024

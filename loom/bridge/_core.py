@@ -460,10 +460,7 @@ class BridgeCore:
         Returns the bridge's id of the routed call, or None if it was answered at once.
         """
         now = now_ms()
-        if self._pending:
-            deadline = self._pending.next_deadline_ms()
-            if deadline is not None and deadline <= now:
-                self._pending.expire(now, _timeout_result)
+        self.expire_calls(now)
 
         def answer(status: int, code: str, message: str) -> str | None:
             on_done(fr.Result(call.id, status, error_code=code, error_message=message))
@@ -516,13 +513,22 @@ class BridgeCore:
         )
         return bridge_id
 
-    def expire_calls(self) -> int:
-        """Answer every call past its deadline with ACTION_TIMEOUT; returns how many."""
+    def expire_calls(self, now: int | None = None) -> int:
+        """Answer every call past its deadline with ACTION_TIMEOUT; returns how many.
+
+        Run whenever a call starts or finishes (no timer task: the core does no I/O);
+        callers also keep their own deadline, so a late sweep delays nobody.
+        """
         if not self._pending:
             return 0
-        return self._pending.expire(now_ms(), _timeout_result)
+        now = now_ms() if now is None else now
+        deadline = self._pending.next_deadline_ms()
+        if deadline is None or deadline > now:
+            return 0
+        return self._pending.expire(now, _timeout_result)
 
     def finish_call(self, provider: AgentLink, result: fr.Result) -> None:
+        self.expire_calls()
         if not self._pending.finish(result.id, provider.agent_id, result):
             log.debug("ignoring result for unknown or finished call %s", result.id)
 

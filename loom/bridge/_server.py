@@ -19,14 +19,13 @@ import anyio
 import betterproto2
 import grpclib.const
 import grpclib.server
-from anyio.abc import TaskGroup
 from grpclib.const import Status
 from grpclib.encoding.base import CodecBase
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
 from loom import _frames as fr
-from loom import _pbwire
+from loom import _h2patch, _pbwire
 from loom._session import CapabilityInfo, Registration
 from loom.bridge._core import AgentLink, BridgeCore, BridgeLimits, RoutedEvent
 from loom.bridge._queues import QueuedEvent
@@ -35,16 +34,18 @@ from loom.proto.generated.loom import v1 as pb
 
 __all__ = ["AGENT_ID_HEADER", "BridgeServer"]
 
+_h2patch.install()
+
 log = logging.getLogger("loom.bridge")
 
 AGENT_ID_HEADER: Final = "loom-agent-id"
 """Request metadata that names the agent on an ``EventBatchStream``."""
 
 _PREFIX: Final = "/loom.v1.Bridge/"
+_BATCH_BYTES: Final = 256 * 1024
+"""Events bytes after which an outgoing batch is cut, so hops pipeline."""
 _FRAME_OVERHEAD: Final = 16
 """Upper bound of what a Deliver frame adds to its topic and event, in msgpack bytes."""
-_SWEEP_INTERVAL_S: Final = 0.5
-"""How often the server answers capability calls whose deadline passed."""
 _SHUTDOWN_GRACE_S: Final = 5.0
 """How long shutdown waits for handlers to send their last answer before cancelling them."""
 
@@ -370,7 +371,7 @@ class BridgeService:
         self, link: AgentLink, stream: grpclib.server.Stream[Any, Any]
     ) -> None:
         limit = self.limits.max_batch_events
-        max_bytes = self.limits.max_message_bytes
+        max_bytes = min(self.limits.max_message_bytes, _BATCH_BYTES)
         while True:
             await link.wait()
             if link.closed:
@@ -605,8 +606,7 @@ class BridgeServer:
         self._ssl = ssl_context
         self._server: _Server | None = None
         self._service = BridgeService(self.core)
-        self._sweeper = anyio.CancelScope()
-        self._tasks: TaskGroup | None = None
+
         self.port = port
 
     @property
@@ -621,18 +621,8 @@ class BridgeServer:
         if sockets:
             self.port = sockets[0].getsockname()[1]
         self._server = server
-        self._sweeper = anyio.CancelScope()
-        tasks = self._tasks = anyio.create_task_group()
-        await tasks.__aenter__()
-        tasks.start_soon(self._sweep_deadlines)
         log.info("bridge listening on %s", self.address)
         return self
-
-    async def _sweep_deadlines(self) -> None:
-        with self._sweeper:
-            while True:
-                await anyio.sleep(_SWEEP_INTERVAL_S)
-                self.core.expire_calls()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -652,7 +642,3 @@ class BridgeServer:
         server.close_connections()
         with anyio.move_on_after(5):
             await server.wait_closed()
-        tasks, self._tasks = self._tasks, None
-        if tasks is not None:
-            self._sweeper.cancel()
-            await tasks.__aexit__(None, None, None)
