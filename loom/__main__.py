@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import ssl
 import sys
 
 import anyio
@@ -23,11 +24,25 @@ def split_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-async def _serve(host: str, port: int, limits: BridgeLimits) -> None:
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is None:
+        return None
+    if cert is None:
+        raise SystemExit("loom: --tls-key needs --tls-cert")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(f"loom: cannot load the TLS certificate {cert}: {exc}") from None
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+async def _serve(host: str, port: int, limits: BridgeLimits, tls: ssl.SSLContext | None) -> None:
     from loom.bridge._server import BridgeServer
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with BridgeServer(host, port, limits=limits) as server:
+        async with BridgeServer(host, port, limits=limits, ssl_context=tls) as server:
             print(f"loom bridge listening on {server.address}", flush=True)
             async for signum in signals:
                 print(f"loom bridge: {signal.Signals(signum).name}, shutting down", flush=True)
@@ -66,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         default=BridgeLimits.max_pending_calls,
         help="capability calls in flight before new ones are refused (default: %(default)s)",
     )
+    bridge.add_argument("--tls-cert", help="PEM certificate chain: serve TLS (grpcs://)")
+    bridge.add_argument("--tls-key", help="PEM private key of --tls-cert")
     bridge.add_argument(
         "--no-uvloop",
         dest="uvloop",
@@ -74,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     host, port = split_address(args.address)
+    tls = _tls_context(args.tls_cert, args.tls_key)
     limits = BridgeLimits(
         max_message_bytes=args.max_message_bytes, max_pending_calls=args.max_pending_calls
     )
@@ -83,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             host,
             port,
             limits,
+            tls,
             backend="asyncio",
             backend_options={"use_uvloop": args.uvloop and _have_uvloop()},
         )

@@ -9,6 +9,7 @@ tool calls go through the unary ``ForwardAction``.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -38,6 +39,9 @@ __all__ = ["GrpcConnector", "parse_address"]
 log = logging.getLogger("loom")
 
 _PREFIX: Final = "/loom.v1.Bridge/"
+TLS_CA_ENV: Final = "LOOM_TLS_CA"
+"""PEM file of the CA certificates that ``grpcs://`` addresses are verified against
+(default: the system's)."""
 AGENT_ID_HEADER: Final = "loom-agent-id"
 _V1_INBOX: Final = 1024
 DEFAULT_MAX_SEND_SIZE: Final = 4 * 1024 * 1024
@@ -92,7 +96,13 @@ class GrpcConnector:
         if max_send_message_size <= 0:
             raise ConfigurationError("max_send_message_size must be positive")
         if tls and ssl_context is None:
-            ssl_context = ssl.create_default_context()
+            ca_file = os.environ.get(TLS_CA_ENV, "").strip() or None
+            try:
+                ssl_context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(
+                    f"cannot load the CA certificates in ${TLS_CA_ENV} ({ca_file}): {exc}"
+                ) from None
         self._address = address
         self._ssl = ssl_context
         self._keepalive_interval = keepalive_interval
