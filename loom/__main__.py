@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import ssl
@@ -50,11 +51,7 @@ async def _serve(host: str, port: int, limits: BridgeLimits, tls: ssl.SSLContext
 
 
 def _have_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import anyio.to_thread
 import msgspec
@@ -656,7 +656,7 @@ def _type_adapter(hint: object, label: str) -> Any:
     import pydantic
 
     try:
-        return pydantic.TypeAdapter(hint)
+        return pydantic.TypeAdapter(cast(Any, hint))
     except Exception as exc:
         raise ConfigurationError(
             f"{label}: type hint {_hint_name(hint)} is not supported ({exc})"
