@@ -26,6 +26,11 @@ class Counts:
     scale_agents_per_process: int
     scale_pubsub_events: int
     """Events of the 1 -> 1 run with (and without) the scale agents connected."""
+    transport_messages: int
+    """Messages of 100 B echoed through one bidirectional gRPC stream (loom's gRPC
+    client against grpclib's, no bridge)."""
+    transport_unary_calls: int
+    """Sequential unary gRPC calls timed one by one in the same transport benchmark."""
     idle_timeout: float
     """Seconds a subscriber waits without receiving anything before it reports a
     short count (which fails the benchmark)."""
@@ -52,6 +57,8 @@ FULL = Counts(
     scale_processes=4,
     scale_agents_per_process=250,
     scale_pubsub_events=100_000,
+    transport_messages=50_000,
+    transport_unary_calls=2_000,
     idle_timeout=20.0,
     repeats=3,
 )
@@ -67,6 +74,8 @@ QUICK = Counts(
     scale_processes=2,
     scale_agents_per_process=10,
     scale_pubsub_events=300,
+    transport_messages=500,
+    transport_unary_calls=100,
     idle_timeout=20.0,
     repeats=1,
 )

@@ -27,6 +27,8 @@ SCENARIOS = {
     "scale_rss_per_agent",
     "scale_connect_all",
     "scale_pubsub_1to1_100B",
+    "transport_stream_echo_100B",
+    "transport_unary_p50",
 }
 
 

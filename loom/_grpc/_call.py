@@ -54,7 +54,7 @@ class GrpcStream:
         self._max_message_size = max_message_size
         self._deadline = deadline
         self._decoder = MessageDecoder(max_message_size)
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
 
     # ------------------------------------------------------------ deadlines
 
@@ -117,7 +117,10 @@ class GrpcStream:
         """The next reply message (see the class docstring for how the call ends)."""
         state = self._state
         with self._operation():
-            await anyio.lowlevel.checkpoint()
+            # Cancellation is honoured here; a message already buffered is returned
+            # without a trip through the scheduler (the reader task refills the buffer
+            # only when this task yields, so nothing is starved).
+            await anyio.lowlevel.checkpoint_if_cancelled()
             while True:
                 if state.error is not None:
                     raise clone_error(state.error)

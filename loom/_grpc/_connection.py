@@ -65,6 +65,8 @@ STREAM_WINDOW = 1024 * 1024
 CONNECTION_WINDOW = 8 * 1024 * 1024
 #: Most bytes one writer sends per turn of the write lock.
 WRITE_CHUNK = 64 * 1024
+#: Bytes queued for the flusher beyond which a sender waits for the socket.
+_HIGH_WATER = 512 * 1024
 _READ_SIZE = 64 * 1024
 _DEFAULT_WINDOW = 65535
 _CLOSE_TIMEOUT = 0.5
@@ -148,9 +150,10 @@ class Http2Connection:
         self._stream = stream
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self._pending_output = bytearray()
         self._flush_wanted = anyio.Event()
+        self._drained: anyio.Event | None = None
         self._window_changed = anyio.Event()
         self._slots_changed = anyio.Event()
         self._streams: dict[int, StreamState] = {}
@@ -297,6 +300,9 @@ class Http2Connection:
             async with self._write_lock:
                 try:
                     await self._write(self._take_output())
+                    drained, self._drained = self._drained, None
+                    if drained is not None:
+                        drained.set()
                 except (ConnectionLost, ProtocolError):
                     return
 
@@ -483,6 +489,12 @@ class Http2Connection:
             if end_stream:
                 await self.end_stream(state)
             return
+        if total <= WRITE_CHUNK and self._queue_whole(state, data, end_stream=end_stream):
+            while len(self._pending_output) > _HIGH_WATER and self._error is None:
+                if self._drained is None:
+                    self._drained = anyio.Event()
+                await self._drained.wait()
+            return
         sent = 0
         try:
             while sent < total:
@@ -507,6 +519,28 @@ class Http2Connection:
             if 0 < sent < total:
                 self.reset_stream(state, ErrorCodes.CANCEL)
             raise
+
+    def _queue_whole(self, state: StreamState, data: bytes, *, end_stream: bool) -> bool:
+        """Hand a message that fits the flow-control windows to the flusher, without
+        waiting: a burst of small messages then leaves in a few socket writes instead
+        of one write (and a trip through the write lock) each. False if it must wait
+        for window."""
+        self._check_writable(state)
+        h2conn = self._h2
+        total = len(data)
+        if h2conn.local_flow_control_window(state.stream_id) < total:
+            return False
+        frame_size = h2conn.max_outbound_frame_size
+        sent = 0
+        while sent < total:
+            size = min(frame_size, total - sent)
+            last = end_stream and sent + size == total
+            h2conn.send_data(state.stream_id, data[sent : sent + size], end_stream=last)
+            sent += size
+        if end_stream:
+            state.local_ended = True
+        self._queue_output()
+        return True
 
     async def _wait_for_window(self, state: StreamState) -> None:
         while True:
