@@ -74,7 +74,8 @@ class MessageDecoder:
             end = offset + self._expected
             if len(buffer) < end:
                 break
-            self._messages.append(bytes(buffer[offset:end]))
+            with memoryview(buffer) as view:  # one copy, not two
+                self._messages.append(bytes(view[offset:end]))
             offset = end
             self._expected = None
         if offset:
