@@ -31,7 +31,7 @@ STATUS_TIMEOUT: Final = 2
 STATUS_RETRYABLE: Final = 3
 
 
-class Publish(msgspec.Struct, tag=1, array_like=True):
+class Publish(msgspec.Struct, tag=1, array_like=True, gc=False):
     """Client -> bridge: publish ``event`` (an encoded Envelope) on ``topic``.
     ``expires_ms`` is the wall-clock ms after which the event is stale (0 = never);
     ``thread_id`` repeats the envelope's thread so the bridge can deliver the event to
@@ -43,14 +43,14 @@ class Publish(msgspec.Struct, tag=1, array_like=True):
     thread_id: str = ""
 
 
-class Deliver(msgspec.Struct, tag=2, array_like=True):
+class Deliver(msgspec.Struct, tag=2, array_like=True, gc=False):
     """Bridge -> client: an event on a topic the client subscribed to."""
 
     topic: str
     event: msgspec.Raw
 
 
-class Subscribe(msgspec.Struct, tag=3, array_like=True):
+class Subscribe(msgspec.Struct, tag=3, array_like=True, gc=False):
     """Client -> bridge: add and remove subscriptions (topics or patterns) and join or
     leave threads; answered by ``Subscribed`` once in effect. A thread member receives
     every event published with that thread_id, whatever its topic."""
@@ -63,14 +63,14 @@ class Subscribe(msgspec.Struct, tag=3, array_like=True):
     leave: list[str] = []
 
 
-class Subscribed(msgspec.Struct, tag=4, array_like=True):
+class Subscribed(msgspec.Struct, tag=4, array_like=True, gc=False):
     """Bridge -> client: the ``Subscribe`` with this id is in effect (or failed)."""
 
     id: str
     error: str = ""
 
 
-class Call(msgspec.Struct, tag=5, array_like=True):
+class Call(msgspec.Struct, tag=5, array_like=True, gc=False):
     """A capability call: client -> bridge, and bridge -> the providing agent."""
 
     id: str
@@ -82,7 +82,7 @@ class Call(msgspec.Struct, tag=5, array_like=True):
     correlation_id: str = ""
 
 
-class Result(msgspec.Struct, tag=6, array_like=True):
+class Result(msgspec.Struct, tag=6, array_like=True, gc=False):
     """The answer to a ``Call``: provider -> bridge, and bridge -> the caller."""
 
     id: str
@@ -92,15 +92,15 @@ class Result(msgspec.Struct, tag=6, array_like=True):
     error_message: str = ""
 
 
-class Ping(msgspec.Struct, tag=7, array_like=True):
+class Ping(msgspec.Struct, tag=7, array_like=True, gc=False):
     timestamp_ms: int
 
 
-class Pong(msgspec.Struct, tag=8, array_like=True):
+class Pong(msgspec.Struct, tag=8, array_like=True, gc=False):
     timestamp_ms: int
 
 
-class Error(msgspec.Struct, tag=9, array_like=True):
+class Error(msgspec.Struct, tag=9, array_like=True, gc=False):
     """Bridge -> client: something the client sent was refused; ``ref`` names it."""
 
     code: str

@@ -47,7 +47,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
+class Envelope(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     """An event with its routing metadata.
 
     ``thread_id`` groups related events, ``correlation_id`` links a reply to its
@@ -55,6 +55,9 @@ class Envelope(msgspec.Struct, array_like=True, omit_defaults=True):
     ``ttl_ms`` how long the event stays deliverable after ``timestamp_ms``.
     ``metadata`` holds any other string key/values; on the v1 wire the named fields
     travel in metadata under the reserved ``loom.*`` keys.
+
+    Envelopes are not tracked by Python's cycle collector (they hold only strings,
+    bytes and numbers), which keeps garbage collection off the per-event path.
     """
 
     id: str

@@ -39,7 +39,6 @@ __all__ = ["AgentLink", "BridgeCore", "BridgeLimits", "RoutedEvent"]
 log = logging.getLogger("loom.bridge")
 
 _FULL: Final = OfferResult.FULL
-_VALID_TOPIC_CACHE: Final = 50_000
 
 
 @dataclass(frozen=True)
@@ -201,7 +200,6 @@ class BridgeCore:
         self._stats = StatsTable()
         self._capabilities = CapabilityRegistry()
         self._pending = PendingCalls()
-        self._valid_topics: set[str] = set()
 
     # ---- registration and links ------------------------------------------------
 
@@ -363,17 +361,12 @@ class BridgeCore:
                 )
 
     def topic_ok(self, link: AgentLink, topic: str) -> bool:
-        """Validate a publish topic (cached); tell the agent when it is invalid."""
-        if topic in self._valid_topics:
-            return True
+        """Validate a publish topic; tell the agent when it is invalid."""
         try:
             validate_topic(topic)
         except ConfigurationError as exc:
             link.push_control(fr.Error("INVALID_TOPIC", str(exc), ref=topic))
             return False
-        if len(self._valid_topics) >= _VALID_TOPIC_CACHE:
-            self._valid_topics.clear()
-        self._valid_topics.add(topic)
         return True
 
     async def publish(

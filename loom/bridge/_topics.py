@@ -42,16 +42,25 @@ _PATTERN_RE: Final = re.compile(rf"(?:(?:\*|{_SEGMENT})\.)*(?:\*|>|{_SEGMENT})")
 _BAD_CHAR_RE: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 
 
+_VALID_TOPICS_REMEMBERED: Final = 10_000
+_valid_topics: set[str] = set()  # topics already found valid: publish checks are cheap
+
+
 def validate_topic(topic: str) -> None:
     """Check a topic an event is published to; raise :class:`ConfigurationError` if invalid.
 
     A publish topic may not contain wildcard segments.
     """
+    if type(topic) is str and topic in _valid_topics:
+        return
     if (
         isinstance(topic, str)
         and len(topic) <= MAX_TOPIC_LENGTH
         and _TOPIC_RE.fullmatch(topic) is not None
     ):
+        if len(_valid_topics) >= _VALID_TOPICS_REMEMBERED:
+            _valid_topics.clear()
+        _valid_topics.add(topic)
         return
     raise ConfigurationError(_explain(topic, "topic", wildcards=False))
 
