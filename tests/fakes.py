@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
+import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from loom._frames import (
@@ -305,3 +306,10 @@ async def running_agent(
     async with agent:
         link = await connector.next_link()
         yield agent, link
+
+
+@pytest.fixture
+def connector() -> Iterator[FakeConnector]:
+    fake = FakeConnector()
+    yield fake
+    fake.close()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Iterator
 from functools import partial
 
 import anyio
 import pytest
-from fakes import FakeConnector, envelope, running_agent
+from fakes import FakeConnector, connector, envelope, running_agent
 
 from loom import _logging
 from loom._connect import connector_for
@@ -34,19 +33,9 @@ from loom.context import Context
 from loom.envelope import Envelope
 from loom.errors import BridgeRejected, ConfigurationError, ConnectionLost, MessageTooLarge
 
+__all__ = ["connector"]  # a fixture, used by name
+
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def connector() -> Iterator[FakeConnector]:
-    fake = FakeConnector()
-    yield fake
-    fake.close()
 
 
 @capability("math.add", version="1.0")

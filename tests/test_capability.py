@@ -19,12 +19,6 @@ from loom._session import CapabilityInfo
 from loom.capability import Capability, capability, collect_capabilities, get_capability
 from loom.errors import CapabilityError, ConfigurationError, InvalidArguments
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 # -- types used in signatures (module level, so annotations resolve) -------------------
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from functools import partial
 from typing import Any
 from unittest.mock import AsyncMock, Mock
@@ -11,7 +10,7 @@ from unittest.mock import AsyncMock, Mock
 import anyio
 import msgspec
 import pytest
-from fakes import FakeConnector, FakeLink, envelope, running_agent
+from fakes import FakeConnector, FakeLink, connector, envelope, running_agent
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -42,19 +41,9 @@ from loom.errors import (
     ToolTimeout,
 )
 
+__all__ = ["connector"]  # a fixture, used by name
+
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def connector() -> Iterator[FakeConnector]:
-    fake = FakeConnector()
-    yield fake
-    fake.close()
 
 
 def runtime_of(agent: Agent) -> Any:

@@ -33,11 +33,6 @@ FULL = OfferResult.FULL
 EXPIRED = OfferResult.EXPIRED
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 class Clock:
     """Fake millisecond clock."""
 

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
+from tool_capabilities import always_fails, get_weather, get_weather_v2, too_slow
 
 from loom.agent import Agent
 from loom.capability import capability
@@ -25,11 +26,6 @@ from loom.errors import (
 from loom.testing import EmbeddedBridge
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture
@@ -150,27 +146,6 @@ async def test_many_concurrent_requests(bridge: EmbeddedBridge) -> None:
 
 
 # ---- tools ---------------------------------------------------------------------------
-
-
-@capability("weather.get", version="1.0")
-def get_weather(city: str, units: str = "metric") -> dict[str, Any]:
-    """Current weather of a city."""
-    return {"city": city, "temp": 12 if units == "metric" else 54}
-
-
-@capability("weather.get", version="2.0")
-async def get_weather_v2(city: str) -> dict[str, Any]:
-    return {"city": city, "temp": 12, "version": 2}
-
-
-@capability("always.fails")
-async def always_fails() -> None:
-    raise ValueError("boom")
-
-
-@capability("too.slow")
-async def too_slow() -> None:
-    await anyio.sleep_forever()
 
 
 @asynccontextmanager

@@ -26,6 +26,7 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream
 from bridge_process import BridgeProcess, bridge_process, fresh_bridge_process
+from tool_capabilities import always_fails, get_weather, get_weather_v2, too_slow
 
 from loom import (
     Agent,
@@ -261,27 +262,6 @@ async def test_request_without_responder_times_out(net: Net) -> None:
 
 
 # ---- tools ---------------------------------------------------------------------------
-
-
-@capability("weather.get", version="1.0")
-def get_weather(city: str, units: str = "metric") -> dict[str, Any]:
-    """Current weather of a city."""
-    return {"city": city, "temp": 12 if units == "metric" else 54}
-
-
-@capability("weather.get", version="2.0")
-async def get_weather_v2(city: str) -> dict[str, Any]:
-    return {"city": city, "temp": 12, "version": 2}
-
-
-@capability("always.fails")
-async def always_fails() -> None:
-    raise ValueError("boom")
-
-
-@capability("too.slow")
-async def too_slow() -> None:
-    await anyio.sleep_forever()
 
 
 @asynccontextmanager
