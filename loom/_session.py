@@ -38,8 +38,8 @@ class Registration(msgspec.Struct):
 class Session(Protocol):
     """One registered agent's open event stream.
 
-    ``receive`` raises ``anyio.EndOfStream`` when the bridge closed the stream cleanly
-    and :class:`loom.errors.ConnectionLost` when the connection died.
+    ``receive`` raises :class:`loom.errors.ConnectionLost` when the stream ends, for
+    whatever reason (the bridge closed it, the connection died): the agent reconnects.
     """
 
     @property

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from loom import _frames as fr
 from loom import _pbwire
 from loom.bridge._core import RoutedEvent
-from loom.bridge._server import AGENT_ID_HEADER, BridgeServer, _decode_batch, _v1_control_frame
+from loom.bridge._server import AGENT_ID_HEADER, BridgeServer, _v1_control_frame
 from loom.envelope import Envelope
 from loom.errors import LoomError, ProtocolError
 from loom.proto.generated.loom import v1 as pb
@@ -192,7 +192,7 @@ def read_batch(data: bytes) -> None:
     """What ``_read_batches`` does with one message, plus the conversion a v1
     subscriber's writer makes of each published event."""
     try:
-        decoded = _decode_batch(data)
+        decoded = fr.decode_batch(fr.unwrap_frame_batch(data))
     except ProtocolError:
         return
     for frame in decoded:

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import anyio
 import msgspec
 
 from loom import _frames as fr
+from loom import _pbwire
 from loom._session import Registration
 from loom.bridge._capabilities import CapabilityRegistry, PendingCall, PendingCalls
 from loom.bridge._queues import (
@@ -52,7 +52,8 @@ class BridgeLimits:
     max_registrations: int = 100_000
     """Registered agent ids remembered (connected or not)."""
     max_batch_events: int = 512
-    """Events a link's writer puts in one outgoing message."""
+    """Events a link's writer takes at once (a batched writer also cuts its messages at
+    256 KiB, and never above ``max_message_bytes``)."""
     default_call_timeout_ms: int = 30_000
     """Deadline of a capability call that names none."""
 
@@ -82,8 +83,6 @@ class RoutedEvent:
     def batched(self) -> msgspec.Raw:
         raw = self.raw
         if raw is None:
-            from loom import _pbwire
-
             assert self.pb_event is not None
             raw = self.raw = fr.encode_envelope(_pbwire.decode_event(self.pb_event))
         return raw
@@ -91,8 +90,6 @@ class RoutedEvent:
     def v1(self) -> bytes:
         msg = self.v1_message
         if msg is None:
-            from loom import _pbwire
-
             pb = self.pb_event
             if pb is None:
                 assert self.raw is not None
@@ -115,7 +112,6 @@ class AgentLink:
 
     __slots__ = (
         "_core",
-        "_event",
         "agent_id",
         "batched",
         "close_reason",
@@ -131,7 +127,6 @@ class AgentLink:
         self.batched = batched
         self.outbox = Outbox()
         self.control: deque[fr.Frame] = deque()
-        self._event: anyio.Event | None = None
         self.closed = False
         self.close_reason = ""
         self.farewell: fr.Error | None = None
@@ -139,25 +134,17 @@ class AgentLink:
     def __repr__(self) -> str:
         return f"AgentLink({self.agent_id!r}, batched={self.batched}, closed={self.closed})"
 
-    def wake(self) -> None:
-        event = self._event
-        if event is not None:
-            event.set()
-
     def push_control(self, frame: fr.Frame) -> None:
         """Queue a control frame (reply, call, pong, error) for this agent."""
         if not self.closed:
             self.control.append(frame)
-            self.wake()
+            self.outbox.notify()
 
     async def wait(self) -> None:
         """Return when there is something to send or the link has closed."""
-        while not self.closed and not self.control and not len(self.outbox):
-            self._event = anyio.Event()
-            try:
-                await self._event.wait()
-            finally:
-                self._event = None
+        outbox = self.outbox
+        while not self.closed and not self.control and not len(outbox):
+            await outbox.wait_changed()  # queued events wake it as they arrive
 
     def take(self, limit: int) -> tuple[list[QueuedEvent], list[fr.Frame]]:
         """Everything ready to send now: up to ``limit`` events, and all control frames."""
@@ -177,9 +164,8 @@ class AgentLink:
             self.closed = True
             self.close_reason = reason
             self.farewell = farewell
-            self.outbox.close()
+            self.outbox.close()  # wakes the writer
             self.control.clear()
-            self.wake()
 
 
 class _Registered(msgspec.Struct):
@@ -395,7 +381,6 @@ class BridgeCore:
             while result is _FULL:
                 await queue.wait_for_space()
                 result = queue.offer(queued)
-            link.wake()
 
     # ---- subscriptions and threads -----------------------------------------------
 

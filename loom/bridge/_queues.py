@@ -426,6 +426,20 @@ class Outbox:
                 event = self._nonempty = anyio.Event()
             await event.wait()
 
+    async def wait_changed(self) -> None:
+        """Return at the next event queued, :meth:`notify` or close (or at once if
+        closed), for a writer that also waits on things of its own."""
+        if self._closed:
+            return
+        event = self._nonempty
+        if event is None:
+            event = self._nonempty = anyio.Event()
+        await event.wait()
+
+    def notify(self) -> None:
+        """Wake :meth:`wait_changed` (something else for the agent is ready)."""
+        self._wake()
+
     def _wake(self) -> None:
         event = self._nonempty
         if event is not None:

@@ -28,7 +28,7 @@ from loom import _frames as fr
 from loom import _h2patch, _pbwire
 from loom._session import CapabilityInfo, Registration
 from loom.bridge._core import AgentLink, BridgeCore, BridgeLimits, RoutedEvent
-from loom.bridge._queues import QueuedEvent
+from loom.bridge._queues import QueuedEvent, now_ms
 from loom.errors import BridgeRejected, LoomError, ProtocolError
 from loom.proto.generated.loom import v1 as pb
 
@@ -219,7 +219,7 @@ class BridgeService:
 
     async def _heartbeat(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         await stream.recv_message()
-        await stream.send_message(pb.HeartbeatResponse(timestamp_ms=_now_ms(), status="ok"))
+        await stream.send_message(pb.HeartbeatResponse(timestamp_ms=now_ms(), status="ok"))
 
     async def _get_stats(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         await stream.recv_message()
@@ -361,7 +361,7 @@ class BridgeService:
             if self._too_large(link, message):
                 continue
             try:
-                frames = _decode_batch(message)
+                frames = fr.decode_batch(fr.unwrap_frame_batch(message))
             except ProtocolError as exc:
                 link.push_control(fr.Error("MALFORMED", f"{exc}; the batch was discarded"))
                 continue
@@ -445,30 +445,12 @@ class BridgeService:
                 await stream.send_message(message)
 
 
-def _decode_batch(message: bytes) -> list[fr.Frame]:
-    """The frames of one FrameBatch message; malformed input raises ProtocolError.
-
-    msgspec reports invalid UTF-8 in a msgpack string as UnicodeDecodeError, which
-    ``decode_batch`` lets through: translated here, so it cannot end the stream.
-    """
-    try:
-        return fr.decode_batch(fr.unwrap_frame_batch(message))
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(f"malformed frame batch: {exc}") from None
-
-
 def _undeliverable(link: AgentLink, q: QueuedEvent, exc: LoomError) -> None:
     """An event that cannot be put in this link's encoding (a malformed batched event
     for a v1 agent, say): skip it, count it as dropped instead of delivered."""
     q.stats.delivered -= 1
     q.stats.dropped += 1
     log.info("dropped an event on %s for %s: %s", q.topic, link.agent_id, exc)
-
-
-def _now_ms() -> int:
-    from loom.bridge._queues import now_ms
-
-    return now_ms()
 
 
 def _v1_control_frame(kind: _pbwire.ClientEventKind, body: bytes) -> Sequence[fr.Frame]:
