@@ -19,6 +19,8 @@ from loom.errors import ProtocolError
 
 FEATURE_BATCH: Final = "loom.batch.v1"
 FEATURE_SUBSCRIBE: Final = "loom.subscribe.v1"
+AGENT_ID_HEADER: Final = "loom-agent-id"
+"""Request metadata that names the agent on an ``EventBatchStream``."""
 SUPPORTED_FEATURES: Final = frozenset({FEATURE_BATCH, FEATURE_SUBSCRIBE})
 
 REPLACED: Final = "REPLACED"

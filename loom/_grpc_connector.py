@@ -42,7 +42,6 @@ _PREFIX: Final = "/loom.v1.Bridge/"
 TLS_CA_ENV: Final = "LOOM_TLS_CA"
 """PEM file of the CA certificates that ``grpcs://`` addresses are verified against
 (default: the system's)."""
-AGENT_ID_HEADER: Final = "loom-agent-id"
 _V1_INBOX: Final = 1024
 DEFAULT_MAX_SEND_SIZE: Final = 4 * 1024 * 1024
 """Largest message sent to the bridge: the bridge's default ``--max-message-bytes``
@@ -140,7 +139,7 @@ class GrpcConnector:
                 if fr.FEATURE_BATCH in features:
                     async with channel.stream(
                         _PREFIX + "EventBatchStream",
-                        metadata={AGENT_ID_HEADER: registration.agent_id},
+                        metadata={fr.AGENT_ID_HEADER: registration.agent_id},
                     ) as call:
                         yield _BatchSession(call, self._max_send_size)
                 else:

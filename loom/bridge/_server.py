@@ -32,14 +32,12 @@ from loom.bridge._queues import QueuedEvent, now_ms
 from loom.errors import BridgeRejected, LoomError, ProtocolError
 from loom.proto.generated.loom import v1 as pb
 
+AGENT_ID_HEADER = fr.AGENT_ID_HEADER
 __all__ = ["AGENT_ID_HEADER", "BridgeServer"]
 
 _h2patch.install()
 
 log = logging.getLogger("loom.bridge")
-
-AGENT_ID_HEADER: Final = "loom-agent-id"
-"""Request metadata that names the agent on an ``EventBatchStream``."""
 
 _PREFIX: Final = "/loom.v1.Bridge/"
 _BATCH_BYTES: Final = 256 * 1024
@@ -300,11 +298,11 @@ class BridgeService:
         await self._run_link(link, stream, self._read_v1, self._write_v1)
 
     async def _batch_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
-        agent_id = str(stream.metadata.get(AGENT_ID_HEADER, "")) if stream.metadata else ""
+        agent_id = str(stream.metadata.get(fr.AGENT_ID_HEADER, "")) if stream.metadata else ""
         if not agent_id:
             raise GRPCError(
                 Status.INVALID_ARGUMENT,
-                f"EventBatchStream needs the {AGENT_ID_HEADER} request header",
+                f"EventBatchStream needs the {fr.AGENT_ID_HEADER} request header",
             )
         link = self._attach(agent_id, batched=True)
         await self._run_link(link, stream, self._read_batches, self._write_batches)
